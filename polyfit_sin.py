@@ -43,8 +43,8 @@ def fit(steps=2000, learning_rate=1e-6, seed=0, device="cpu"):
     Raises FloatingPointError if the loss diverges (the learning rate is too large).
     """
     # Create input and output data: 2000 evenly spaced points from -pi to pi,
-    # float32 (PyTorch's default), made directly on the device
-    x = torch.linspace(-torch.pi, torch.pi, 2000, device=device)
+    # made directly on the device
+    x = torch.linspace(-torch.pi, torch.pi, 2000, device=device, dtype=torch.float32)
     y = torch.sin(x)
     # x² and x³ never change, so compute them once rather than on every step
     x2 = x * x
@@ -54,15 +54,17 @@ def fit(steps=2000, learning_rate=1e-6, seed=0, device="cpu"):
     # on every run and on every device, and leaves PyTorch's global random state
     # (which a notebook may be using) alone.
     generator = torch.Generator().manual_seed(seed)
-    a = torch.randn((), generator=generator).to(device)
-    b = torch.randn((), generator=generator).to(device)
-    c = torch.randn((), generator=generator).to(device)
-    d = torch.randn((), generator=generator).to(device)
+    a = torch.randn((), generator=generator, dtype=torch.float32).to(device)
+    b = torch.randn((), generator=generator, dtype=torch.float32).to(device)
+    c = torch.randn((), generator=generator, dtype=torch.float32).to(device)
+    d = torch.randn((), generator=generator, dtype=torch.float32).to(device)
 
     # inference_mode() tells PyTorch that nothing in this block needs autograd,
     # so it skips the bookkeeping autograd would do on every operation
     with torch.inference_mode():
-        # The loss of the starting weights; every step should lower it
+        # The loss of the starting weights, which every step should lower.
+        # error.dot(error) multiplies the vector error by itself point by point
+        # and sums, in one operation: Σ (y_pred - y)²
         error = a + b * x + c * x2 + d * x3 - y
         previous_loss = error.dot(error).item()
 
@@ -76,8 +78,6 @@ def fit(steps=2000, learning_rate=1e-6, seed=0, device="cpu"):
             # the GPU has finished everything queued so far. On the other steps
             # nothing waits, so Python queues the next steps while the GPU works.
             if t % 100 == 99:
-                # error.dot(error) multiplies the two vectors point by point and
-                # sums, in one operation: Σ (y_pred - y)²
                 loss = error.dot(error).item()
                 check_loss(loss, previous_loss, t, learning_rate)
                 print(t, loss)
@@ -94,7 +94,7 @@ def fit(steps=2000, learning_rate=1e-6, seed=0, device="cpu"):
             #   ∂loss/∂d = Σ 2 (y_pred - y) x³
             grad_y_pred = 2.0 * error  # ∂loss/∂y_pred
             grad_a = grad_y_pred.sum()  # ∂loss/∂a
-            grad_b = grad_y_pred.dot(x)  # ∂loss/∂b, a dot product as above
+            grad_b = grad_y_pred.dot(x)  # ∂loss/∂b, Σ of a product, as above
             grad_c = grad_y_pred.dot(x2)  # ∂loss/∂c
             grad_d = grad_y_pred.dot(x3)  # ∂loss/∂d
 

@@ -474,3 +474,12 @@ def test_cuda_loop_waits_for_the_gpu_only_when_it_prints():
 
     # 800 more steps, 8 more printed losses: 8 more waits, not 800
     assert synchronizations(1000) - synchronizations(200) == 8
+
+
+def test_fit_is_float32_even_if_a_notebook_changed_the_default_dtype():
+    expected = quiet_fit(steps=300)
+    torch.set_default_dtype(torch.float64)
+    try:
+        assert quiet_fit(steps=300) == expected
+    finally:
+        torch.set_default_dtype(torch.float32)
