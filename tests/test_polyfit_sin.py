@@ -112,10 +112,11 @@ def test_hand_derived_gradients_equal_autograd(seed):
     loss.backward()
     autograd = torch.stack([a.grad, b.grad, c.grad, d.grad])
 
-    assert (autograd.abs() > 1).all()  # a real test: no gradient is near zero
-    torch.testing.assert_close(
-        hand, autograd, rtol=1e-4, atol=1e-4 * autograd.abs().max().item()
-    )
+    assert (
+        autograd.abs() > 1000
+    ).all()  # no gradient is near zero, so rtol means something
+    # Each gradient to 1e-4 of itself: float32 rounding of the step leaves about 5e-6.
+    torch.testing.assert_close(hand, autograd, rtol=1e-4, atol=0)
 
 
 def test_larger_learning_rate_converges_to_least_squares():
@@ -175,8 +176,11 @@ def test_default_run_prints_the_lessons_format(default_run):
     )
     assert result, lines[21]
     assert all(v == repr(float(v)) for v in result.groups())
-    # The command line prints exactly what fit() returns
-    a, b, c, d, _ = quiet_fit(device=DEFAULT_DEVICE)
+    # The command line prints exactly what fit() prints and returns
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        a, b, c, d, _ = polyfit_sin.fit(device=DEFAULT_DEVICE)
+    assert lines[1:21] == printed.getvalue().splitlines()
     assert lines[21] == f"Result: y = {a} + {b} x + {c} x^2 + {d} x^3"
 
 
