@@ -134,8 +134,8 @@ def check_loss(loss, previous_loss, t, learning_rate):
 # ----------------
 #
 # ``--device``, ``--steps``, ``--lr`` and ``--seed`` change the run. A mistyped
-# flag or value stops with a one-line message and exit status 2; a fit whose
-# loss diverges stops with exit status 1.
+# flag or value stops with argparse's usage message and exit status 2; a fit
+# whose loss diverges stops with a one-line message and exit status 1.
 
 
 def device_name(name):
