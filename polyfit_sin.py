@@ -47,6 +47,8 @@ def fit(steps=2000, learning_rate=1e-6, seed=0, device="cpu"):
     Returns a, b, c, d and the loss of that cubic, as Python floats.
     Raises FloatingPointError if the loss diverges (the learning rate is too large).
     """
+    if not learning_rate > 0:  # a rate of 0 stands still, below 0 climbs uphill
+        raise ValueError(f"the learning rate must be positive, got {learning_rate}")
     # Create input and output data: 2000 evenly spaced points from -pi to pi,
     # made directly on the device
     x = torch.linspace(-torch.pi, torch.pi, 2000, device=device, dtype=torch.float32)
@@ -198,8 +200,8 @@ def main(argv=None):
         "--lr",
         type=float,
         default=1e-6,
-        help="learning rate, the size of each step (default: 1e-6); above "
-        "2 / (the loss's largest curvature) ≈ 3.56e-6 the loss diverges",
+        help="learning rate, the size of each step (default: 1e-6); the loss "
+        "diverges above 2 / (its largest curvature), about 3.56e-6",
     )
     parser.add_argument(
         "--seed",

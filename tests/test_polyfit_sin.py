@@ -4,6 +4,7 @@ import ast
 import contextlib
 import importlib
 import io
+import math
 import os
 import pathlib
 import re
@@ -341,6 +342,12 @@ def test_just_below_the_stable_limit_converges_without_a_false_alarm(learning_ra
     assert loss == pytest.approx(floor, rel=1e-5)
 
 
+@pytest.mark.parametrize("learning_rate", [0, -1e-6, math.nan])
+def test_fit_refuses_a_learning_rate_that_is_not_positive(learning_rate):
+    with pytest.raises(ValueError, match="the learning rate must be positive, got"):
+        quiet_fit(learning_rate=learning_rate)
+
+
 def test_fit_raises_on_divergence():
     with pytest.raises(FloatingPointError, match="the loss diverged at step 99"):
         quiet_fit(learning_rate=1e-3)
@@ -392,7 +399,8 @@ def test_help_names_every_flag_and_the_exit_statuses(capsys):
     assert "Exit status: 0 on success, 1 if the loss diverges" in help_text
     assert "141 if the output's reader closes early" in help_text
     # The stable limit, as test_curvatures_and_the_stable_learning_rate computes it
-    assert "above 2 / (the loss's largest curvature) ≈ 3.56e-6" in help_text
+    assert "diverges above 2 / (its largest curvature), about 3.56e-6" in help_text
+    assert out.isascii()  # so that any console can print it
     assert "on the same machine and PyTorch" in help_text
 
 
