@@ -47,7 +47,8 @@ def fit(steps=2000, learning_rate=1e-6, seed=0, device="cpu"):
     Returns a, b, c, d and the loss of that cubic, as Python floats.
     Raises FloatingPointError if the loss diverges (the learning rate is too large).
     """
-    if not learning_rate > 0:  # a rate of 0 stands still, below 0 climbs uphill
+    # A rate of 0 stands still, one below 0 climbs uphill, and the steps are float32
+    if not 0 < learning_rate <= torch.finfo(torch.float32).max:
         raise ValueError(f"the learning rate must be positive, got {learning_rate}")
     # Create input and output data: 2000 evenly spaced points from -pi to pi,
     # made directly on the device
@@ -123,16 +124,21 @@ def fit(steps=2000, learning_rate=1e-6, seed=0, device="cpu"):
             c.sub_(grad_c, alpha=learning_rate)
             d.sub_(grad_d, alpha=learning_rate)
 
-        # The loss of the fitted weights, after the last update
+        # Check the end too: the loss of the last step's prediction (error still
+        # holds it), then the loss of the fitted weights, after the last update.
+        # A loss that rose over the last step is caught even between printed lines.
+        last_step_loss = error.dot(error).item()
+        check_loss(last_step_loss, previous_loss, steps - 1, learning_rate)
         error = a + b * x + c * x2 + d * x3 - y
         loss = error.dot(error).item()
-        check_loss(loss, previous_loss, steps, learning_rate)
+        check_loss(loss, last_step_loss, steps, learning_rate)
 
     return a.item(), b.item(), c.item(), d.item(), loss
 
 
 def check_loss(loss, previous_loss, t, learning_rate):
-    """Raise FloatingPointError if the loss is not finite or has risen since the last check.
+    """Raise FloatingPointError if the loss is not finite or has risen by more than
+    1e-5 of itself since the last check.
 
     The loss is a bowl-shaped quadratic in a, b, c, d. Below the stable learning
     rate (≈ 3.56e-6) every step lowers it, except that float32 rounding moves a
@@ -182,7 +188,7 @@ def main(argv=None):
         "by gradient descent, with gradients derived by hand.",
         epilog="Exit status: 0 on success, 1 if the loss diverges (or torch is "
         "older than 2.6), 2 for a bad flag or value, 141 if the output's reader "
-        "closes early (| head).",
+        "closes while it still writes (| head).",
     )
     parser.add_argument(
         "--device",
@@ -220,7 +226,7 @@ def main(argv=None):
         )
     if args.steps < 1:
         parser.error(f"argument --steps: expected at least 1, got {args.steps}")
-    if not 0 < args.lr < math.inf:
+    if not 0 < args.lr <= torch.finfo(torch.float32).max:
         parser.error(f"argument --lr: expected a positive number, got {args.lr}")
     if not 0 <= args.seed < 2**64:
         parser.error(f"argument --seed: expected 0 to 2**64-1, got {args.seed}")

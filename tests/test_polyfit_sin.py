@@ -244,6 +244,7 @@ BAD_VALUES = [
     (["--lr", "nan"], "argument --lr: expected a positive number, got nan"),
     (["--lr", "inf"], "argument --lr: expected a positive number, got inf"),
     (["--lr", "fast"], "argument --lr: invalid float value: 'fast'"),
+    (["--lr", "1e39"], "argument --lr: expected a positive number, got 1e+39"),
     (["--seed", "-1"], "argument --seed: expected 0 to 2**64-1, got -1"),
     (
         ["--seed", str(2**64)],
@@ -288,7 +289,7 @@ def test_cuda_without_cuda_names_what_is_available(capsys):
 
 
 @pytest.mark.parametrize(
-    ("lr", "step"), [("1e-3", 99), ("4e-6", 99), ("1e-3 --steps 5", 5)]
+    ("lr", "step"), [("1e-3", 99), ("4e-6", 99), ("1e-3 --steps 5", 4)]
 )
 def test_divergence_stops_with_status_1_and_prints_no_nan(capsys, lr, step):
     status, out, err = run_main(capsys, "--device", "cpu", "--lr", *lr.split())
@@ -323,14 +324,21 @@ def test_a_hair_above_the_stable_limit_still_stops(capsys):
     assert out.splitlines()[-1].startswith("399 ")
 
 
-def test_an_unstable_run_too_short_to_show_it_prints_its_result(capsys):
-    # The documented limit of the check: after 20 steps at 3.6e-6 the loss is
-    # still falling, so nothing has diverged yet.
+def test_an_unstable_run_stops_once_its_loss_rises_even_between_printed_lines(capsys):
+    # At 3.6e-6 the loss falls for 5 steps, then rises every step. The check at
+    # the end compares the loss after the last update with the last step's.
     status, out, err = run_main(
-        capsys, "--device", "cpu", "--lr", "3.6e-6", "--steps", "20"
+        capsys, "--device", "cpu", "--lr", "3.6e-6", "--steps", "6"
+    )
+    assert status == 1
+    assert out == "Using cpu device\n"
+    assert DIVERGED.match(err)[1] == "6"
+    # The documented limit of the check: after 5 steps the loss is still falling.
+    status, out, err = run_main(
+        capsys, "--device", "cpu", "--lr", "3.6e-6", "--steps", "5"
     )
     assert status == 0
-    assert out.splitlines()[1].startswith("Result: y = 1.64277")
+    assert out.splitlines()[1].startswith("Result: y = 1.74619")
     assert err == ""
 
 
@@ -342,7 +350,7 @@ def test_just_below_the_stable_limit_converges_without_a_false_alarm(learning_ra
     assert loss == pytest.approx(floor, rel=1e-5)
 
 
-@pytest.mark.parametrize("learning_rate", [0, -1e-6, math.nan])
+@pytest.mark.parametrize("learning_rate", [0, -1e-6, math.nan, 1e39])
 def test_fit_refuses_a_learning_rate_that_is_not_positive(learning_rate):
     with pytest.raises(ValueError, match="the learning rate must be positive, got"):
         quiet_fit(learning_rate=learning_rate)
@@ -397,22 +405,18 @@ def test_help_names_every_flag_and_the_exit_statuses(capsys):
         assert flag in out
     help_text = " ".join(out.split())
     assert "Exit status: 0 on success, 1 if the loss diverges" in help_text
-    assert "141 if the output's reader closes early" in help_text
+    assert "141 if the output's reader closes while it still writes" in help_text
     # The stable limit, as test_curvatures_and_the_stable_learning_rate computes it
     assert "diverges above 2 / (its largest curvature), about 3.56e-6" in help_text
     assert out.isascii()  # so that any console can print it
     assert "on the same machine and PyTorch" in help_text
 
 
-@pytest.mark.parametrize("buffered", [False, True])
-def test_a_closed_pipe_ends_quietly_with_status_141(buffered):
-    # `python polyfit_sin.py | head -3`: head reads three lines and closes the pipe.
+def head_3(steps, buffered):
+    """`python polyfit_sin.py --steps STEPS | head -3`: (exit status, lines, stderr)."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     if not buffered:
         env["PYTHONUNBUFFERED"] = "1"
-    # Unbuffered, the output comes line by line: run long enough that lines are
-    # still coming when the pipe closes. Buffered, it comes at the flush at the end.
-    steps = "2000" if buffered else "100000"
     process = subprocess.Popen(
         [sys.executable, str(SCRIPT), "--device", "cpu", "--steps", steps],
         stdout=subprocess.PIPE,
@@ -420,14 +424,28 @@ def test_a_closed_pipe_ends_quietly_with_status_141(buffered):
         text=True,
         env=env,
     )
-    if not buffered:  # read the first lines as they come
-        assert process.stdout.readline() == "Using cpu device\n"
-        assert process.stdout.readline().startswith("99 ")
-    process.stdout.close()
+    lines = [process.stdout.readline() for _ in range(3)]
+    process.stdout.close()  # as head does once it has its lines
     err = process.stderr.read()
     process.stderr.close()
-    assert process.wait(timeout=120) == 141
+    return process.wait(timeout=120), lines, err
+
+
+@pytest.mark.parametrize("buffered", [False, True])
+def test_a_closed_pipe_ends_quietly_with_status_141(buffered):
+    status, lines, err = head_3("200000", buffered)
+    assert lines[0] == "Using cpu device\n" and lines[2].startswith("199 ")
+    assert status == 141
     assert "Traceback" not in err and "BrokenPipeError" not in err
+
+
+def test_a_short_buffered_run_is_written_whole_before_head_closes():
+    # Python writes to a pipe in blocks of 8 KB: the 22 lines go in one write at
+    # the end, so the script never sees the pipe close.
+    status, lines, err = head_3("2000", buffered=True)
+    assert lines[1].startswith("99 3238.30")
+    assert status == 0
+    assert "Traceback" not in err
 
 
 # Import and notebook use ----------------------------------------------------------
