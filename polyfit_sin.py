@@ -45,11 +45,14 @@ def fit(steps=2000, learning_rate=1e-6, seed=0, device="cpu"):
     """Fit y = a + b x + c x^2 + d x^3 to y = sin(x), printing the loss every 100 steps.
 
     Returns a, b, c, d and the loss of that cubic, as Python floats.
-    Raises FloatingPointError if the loss diverges (the learning rate is too large).
+    Raises ValueError for a learning rate that is not a positive float32 number,
+    FloatingPointError if the loss diverges (the learning rate is too large).
     """
     # A rate of 0 stands still, one below 0 climbs uphill, and the steps are float32
-    if not 0 < learning_rate <= torch.finfo(torch.float32).max:
-        raise ValueError(f"the learning rate must be positive, got {learning_rate}")
+    if not 0 < learning_rate <= 3.4e38:
+        raise ValueError(
+            f"the learning rate must be positive, at most 3.4e38, got {learning_rate}"
+        )
     # Create input and output data: 2000 evenly spaced points from -pi to pi,
     # made directly on the device
     x = torch.linspace(-torch.pi, torch.pi, 2000, device=device, dtype=torch.float32)
@@ -226,8 +229,10 @@ def main(argv=None):
         )
     if args.steps < 1:
         parser.error(f"argument --steps: expected at least 1, got {args.steps}")
-    if not 0 < args.lr <= torch.finfo(torch.float32).max:
-        parser.error(f"argument --lr: expected a positive number, got {args.lr}")
+    if not 0 < args.lr <= 3.4e38:  # the largest float32 is 3.40282e38
+        parser.error(
+            f"argument --lr: expected a positive number (at most 3.4e38), got {args.lr}"
+        )
     if not 0 <= args.seed < 2**64:
         parser.error(f"argument --seed: expected 0 to 2**64-1, got {args.seed}")
 
