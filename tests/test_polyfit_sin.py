@@ -15,6 +15,7 @@ import warnings
 
 import pytest
 import torch
+from helpers import CUBIC, best_fit, curvatures, grid_columns, run_main
 
 import polyfit_sin
 
@@ -46,35 +47,6 @@ def run_script(*args):
     return done.returncode, done.stdout, done.stderr
 
 
-def run_main(capsys, *args):
-    """Run polyfit_sin.main(ARGS) in this process; return (exit status, stdout, stderr).
-
-    Anything but a normal return or SystemExit (a traceback, to a user) fails the test.
-    """
-    try:
-        polyfit_sin.main(list(args))
-        status = 0
-    except SystemExit as stop:
-        status = stop.code
-    out, err = capsys.readouterr()
-    return status, out, err
-
-
-def columns():
-    """1, x, x², x³ at the script's 2000 float32 points, in float64."""
-    x = torch.linspace(-torch.pi, torch.pi, 2000).double()
-    return torch.stack([torch.ones_like(x), x, x**2, x**3], dim=1)
-
-
-def least_squares():
-    """The best cubic on the script's float32 grid, solved in closed form in float64."""
-    X = columns()
-    y = torch.sin(X[:, 1])
-    solution = torch.linalg.lstsq(X, y.unsqueeze(1)).solution.squeeze(1)
-    floor = ((X @ solution - y) ** 2).sum().item()
-    return solution.tolist(), floor
-
-
 @pytest.fixture(scope="module")
 def default_run():
     """`python polyfit_sin.py`, run once for the tests that read its output."""
@@ -84,15 +56,9 @@ def default_run():
 # The fit --------------------------------------------------------------------
 
 
-def curvatures():
-    """The eigenvalues of the loss's Hessian, 2 XᵀX for X = [1, x, x², x³], rising."""
-    X = columns()
-    return torch.linalg.eigvalsh(2 * X.T @ X).tolist()
-
-
 def test_curvatures_and_the_stable_learning_rate():
-    flattest, _, _, steepest = curvatures()
-    assert curvatures() == pytest.approx([1727.5, 2066.0, 80356, 562122], rel=1e-4)
+    flattest, _, _, steepest = curvatures(CUBIC)
+    assert curvatures(CUBIC) == pytest.approx([1727.5, 2066.0, 80356, 562122], rel=1e-4)
     assert steepest / flattest == pytest.approx(325, abs=0.5)
     # Steps stay stable below 2 / steepest; they overshoot from 1 / steepest on
     assert 2 / steepest == pytest.approx(3.558e-6, rel=1e-4)
@@ -100,13 +66,13 @@ def test_curvatures_and_the_stable_learning_rate():
     assert 1 / steepest == pytest.approx(1.78e-6, rel=1e-3)
     # The steepest curvature is close to 2 Σ x⁶, so it grows with the number of
     # points: with a mean instead of a sum, every curvature is 2000 times smaller.
-    two_sum_x6 = 2 * (columns()[:, 3] ** 2).sum().item()
+    two_sum_x6 = 2 * (grid_columns(CUBIC)[0] ** 6).sum().item()
     assert two_sum_x6 == pytest.approx(551015, rel=1e-5)
     assert 2 / (steepest / 2000) == pytest.approx(7.1e-3, rel=0.005)
 
 
 def test_least_squares_floor_is_8_817():
-    (a, b, c, d), floor = least_squares()
+    (a, b, c, d), floor, _ = best_fit(CUBIC)
     assert floor == pytest.approx(8.8172, abs=1e-4)
     assert b == pytest.approx(0.85674, abs=1e-5)
     assert d == pytest.approx(-0.093330, abs=1e-6)
@@ -115,7 +81,7 @@ def test_least_squares_floor_is_8_817():
 
 def test_default_fit_lands_between_the_floor_and_17():
     a, b, c, d, loss = quiet_fit()
-    _, floor = least_squares()
+    _, floor, _ = best_fit(CUBIC)
     assert floor < loss < 17
     assert b == pytest.approx(0.8567, abs=0.06)
     assert d == pytest.approx(-0.0933, abs=0.012)
@@ -151,7 +117,7 @@ def test_hand_derived_gradients_equal_autograd(seed):
 
 def test_larger_learning_rate_converges_to_least_squares():
     a, b, c, d, loss = quiet_fit(steps=10_000, learning_rate=3e-6)
-    expected, floor = least_squares()
+    expected, floor, _ = best_fit(CUBIC)
     assert [a, b, c, d] == pytest.approx(expected, abs=1e-3)
     assert loss == pytest.approx(floor, rel=1e-5)
 
@@ -360,7 +326,7 @@ def test_an_unstable_run_stops_once_its_loss_rises_even_between_printed_lines(ca
 @pytest.mark.parametrize("learning_rate", [3.55e-6, 3.557e-6])
 def test_just_below_the_stable_limit_converges_without_a_false_alarm(learning_rate):
     a, b, c, d, loss = quiet_fit(steps=20_000, learning_rate=learning_rate)
-    expected, floor = least_squares()
+    expected, floor, _ = best_fit(CUBIC)
     assert [a, b, c, d] == pytest.approx(expected, abs=1e-3)
     assert loss == pytest.approx(floor, rel=1e-5)
 

@@ -15,6 +15,7 @@ import types
 
 import pytest
 import torch
+from helpers import CUBIC, best_fit, curvatures, grid_columns, run_main
 
 import polyfit_sin
 
@@ -51,16 +52,6 @@ def readme_commands():
     ]
 
 
-def run_main(capsys, command):
-    """Run a `python polyfit_sin.py ...` command in this process."""
-    try:
-        polyfit_sin.main(shlex.split(command)[2:])
-        status = 0
-    except SystemExit as stop:
-        status = stop.code
-    return (status, *capsys.readouterr())
-
-
 def loss_lines(out):
     return [line for line in out.splitlines() if re.fullmatch(r"\d+ \S+", line)]
 
@@ -95,7 +86,7 @@ def test_every_readme_command_is_checked():
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_readme_command_prints_what_the_readme_says(capsys, command):
-    status, out, err = run_main(capsys, command)
+    status, out, err = run_main(capsys, *shlex.split(command)[2:])
     expected_status, expected_line = COMMANDS[command]
     assert f"`{expected_line}`" in README
     assert status == expected_status, err
@@ -109,7 +100,7 @@ def test_readme_command_prints_what_the_readme_says(capsys, command):
 
 def test_the_sample_output_is_what_the_default_run_prints(capsys):
     sample = code_blocks("")[0].splitlines()
-    status, out, _ = run_main(capsys, "python polyfit_sin.py --device cpu")
+    status, out, _ = run_main(capsys, "--device", "cpu")
     assert status == 0
     printed = out.splitlines()
     assert sample[0] == printed[0] == "Using cpu device"
@@ -150,12 +141,12 @@ def test_the_benchmark_runs_the_original_lesson():
 
 
 def test_the_stable_limit_is_stated_as_one_figure_everywhere(capsys):
-    _, help_text, _ = run_main(capsys, "python polyfit_sin.py --help")
+    _, help_text, _ = run_main(capsys, "--help")
     text = " ".join([WORDS, *help_text.split(), *SOURCE.split()])
     stated = re.findall(r"(?:≈|about) (3\.5\d*e-6)", text)
     assert len(stated) >= 8
     assert set(stated) == {"3.56e-6"}
-    assert f"{2 / curvatures([0, 1, 2, 3])[-1]:.3g}" == "3.56e-06"
+    assert f"{2 / curvatures(CUBIC)[-1]:.3g}" == "3.56e-06"
 
 
 # The README's Python blocks ----------------------------------------------------
@@ -185,25 +176,6 @@ def test_readme_python_block_runs_from_the_repository(block):
 # The README's figures ------------------------------------------------------------
 
 
-def grid_columns(powers):
-    x = torch.linspace(-torch.pi, torch.pi, 2000).double()
-    return x, torch.stack([x**p for p in powers], dim=1)
-
-
-def best_fit(powers):
-    """The least-squares fit with these powers of x: coefficients, loss, largest gap."""
-    x, X = grid_columns(powers)
-    y = torch.sin(x)
-    solution = torch.linalg.lstsq(X, y.unsqueeze(1)).solution.squeeze(1)
-    error = X @ solution - y
-    return solution.tolist(), (error**2).sum().item(), error.abs().max().item()
-
-
-def curvatures(powers):
-    _, X = grid_columns(powers)
-    return torch.linalg.eigvalsh(2 * X.T @ X).tolist()
-
-
 def row(name, values):
     def number(v):
         return "0" if abs(v) < 5e-4 else f"{v:.3f}".replace("-", "−")
@@ -214,7 +186,7 @@ def row(name, values):
 def test_how_good_is_the_fit_table():
     with contextlib.redirect_stdout(io.StringIO()):
         a, b, c, d, loss = polyfit_sin.fit(device="cpu")
-    (ba, bb, bc, bd), _, gap = best_fit([0, 1, 2, 3])
+    (ba, bb, bc, bd), _, gap = best_fit(CUBIC)
     points = [-math.pi, -math.pi / 2, 0.0, math.pi / 2, math.pi]
     assert (
         row("best cubic", [ba + bb * x + bc * x**2 + bd * x**3 for x in points])
@@ -236,14 +208,14 @@ def test_how_good_is_the_fit_table():
 
 
 def test_why_the_default_run_stops_at_12_29():
-    flattest, b_direction, _, steepest = curvatures([0, 1, 2, 3])
+    flattest, b_direction, _, steepest = curvatures(CUBIC)
     assert [round(1e-6 * k * 100, 2) for k in (flattest, b_direction)] == [0.17, 0.21]
     assert [round(3e-6 * k * 100, 2) for k in (flattest, b_direction)] == [0.52, 0.62]
     left = [(1 - 1e-6 * k) ** 2000 * 100 for k in (flattest, b_direction)]
     assert [round(p, 1) for p in left] == [3.1, 1.6]
     assert round(2 / steepest / 1e-6, 1) == 3.6  # the default is 3.6 times below
     # The first printed line within 1% of the floor: 1099 at 3e-6, 3099 at 1e-6
-    _, floor, _ = best_fit([0, 1, 2, 3])
+    _, floor, _ = best_fit(CUBIC)
     for learning_rate, steps, expected in [(3e-6, 2000, "1099"), (1e-6, 3200, "3099")]:
         printed = io.StringIO()
         with contextlib.redirect_stdout(printed):
@@ -257,7 +229,7 @@ def test_why_the_default_run_stops_at_12_29():
 
 
 def test_a_converged_float32_loss_lands_a_few_units_from_the_floor():
-    _, floor, _ = best_fit([0, 1, 2, 3])
+    _, floor, _ = best_fit(CUBIC)
     assert round(floor, 6) == 8.817167
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
@@ -306,7 +278,7 @@ def test_try_a_mean_instead_of_a_sum():
         assert step == "1999"
         assert float(loss) == pytest.approx(float(line.split()[1]), rel=1e-5)
     assert "diverged at step 99" in last_line_or_error(mean, learning_rate=7.2e-3)
-    assert 2000 * 2 / curvatures([0, 1, 2, 3])[-1] == pytest.approx(7.12e-3, abs=5e-6)
+    assert 2000 * 2 / curvatures(CUBIC)[-1] == pytest.approx(7.12e-3, abs=5e-6)
 
 
 D_START = (
@@ -337,11 +309,11 @@ ADD_X5 = [
 
 
 def test_try_an_x5_term_the_figures():
-    _, floor, gap = best_fit([0, 1, 2, 3, 5])
-    _, cubic_floor, _ = best_fit([0, 1, 2, 3])
+    _, floor, gap = best_fit([*CUBIC, 5])
+    _, cubic_floor, _ = best_fit(CUBIC)
     assert round(floor, 4) == 0.0372 and round(gap, 3) == 0.016
     assert round(cubic_floor / floor) == 237
-    flattest, *_, steepest = curvatures([0, 1, 2, 3, 5])
+    flattest, *_, steepest = curvatures([*CUBIC, 5])
     assert f"{steepest:.3g}" == "3.48e+07" and round(flattest) == 605
     assert f"{2 / steepest:.3g}" == "5.75e-08"
     assert round(steepest / flattest, -2) == 57400
