@@ -12,7 +12,8 @@ and torch computes in float32 by default, where numpy uses float64. PyTorch
 can also record what is done to tensors and compute the gradients itself
 (autograd, the next lesson); this lesson works them out by hand instead.
 
-Run it with ``python polyfit_sin.py``; ``--help`` lists the flags.
+Run it with ``python polyfit_sin.py``; ``--help`` lists the flags. The ``# %%``
+lines split the file into notebook cells.
 """
 
 # %%
@@ -67,13 +68,13 @@ def fit(steps=2000, learning_rate=1e-6, seed=0, device=default_device):
         y_pred = a + b * x + c * x2 + d * x3
         error = y_pred - y
 
-        # Loss: the squared error, summed over the points. A sum, not a mean, so the
-        # gradients grow with the number of points and the steps must be small: they
-        # are stable only below a learning rate of about 3.56e-6 (see the README).
         # The backward pass needs only the error, so the loss is computed only on the
         # steps that print it or check it (the first, every 100th, the last): .item()
         # copies it to Python, and on a GPU that waits for all the work queued so far.
         if t % 100 == 99 or t in (0, steps - 1):
+            # Loss: the squared error, summed over the points. A sum, not a mean, so
+            # the gradients grow with the number of points and the steps must be
+            # small: stable only below a learning rate of about 3.56e-6 (README).
             loss = error.pow(2).sum().item()
             # Below the stable rate each step lowers the loss, give or take float32
             # rounding once it has converged: a rise of over 1e-5 of it is divergence.
