@@ -40,10 +40,9 @@ default_device = (
 
 # %%
 def fit(steps=2000, learning_rate=1e-6, seed=0, device=default_device):
-    """Print the loss every 100 steps and the fitted cubic; return a, b, c, d.
-
-    Raises FloatingPointError if the loss diverges (the learning rate is too large).
-    """
+    """Print the loss every 100 steps and the fitted cubic; return a, b, c, d."""
+    if not 0 < learning_rate < math.inf:  # 0 stands still, and below 0 climbs uphill
+        raise ValueError(f"expected a positive learning rate, got {learning_rate}")
     print(f"Using {device} device")
 
     # 2000 evenly spaced points from -π to π, made on the device, and sin(x) there
@@ -53,9 +52,8 @@ def fit(steps=2000, learning_rate=1e-6, seed=0, device=default_device):
     x2 = x * x
     x3 = x2 * x
 
-    # Random starting weights. torch.randn(()) draws one number: a tensor with no
-    # dimensions (0-d), a single number. They are drawn on the CPU and then moved,
-    # so that a seed gives the same start on every device.
+    # Random starting weights: torch.randn(()) is a 0-d tensor, a single number. They
+    # are drawn on the CPU, then moved, so that a seed gives the same start anywhere.
     torch.manual_seed(seed)
     a = torch.randn((), dtype=torch.float32).to(device)
     b = torch.randn((), dtype=torch.float32).to(device)
@@ -63,15 +61,15 @@ def fit(steps=2000, learning_rate=1e-6, seed=0, device=default_device):
     d = torch.randn((), dtype=torch.float32).to(device)
 
     previous_loss = math.inf
-    for t in range(steps):
+    for t in range(steps + 1):  # one pass more, to check the fitted weights' loss
         # Forward pass: the cubic's prediction at every point, and how far off it is
         y_pred = a + b * x + c * x2 + d * x3
         error = y_pred - y
 
         # The backward pass needs only the error, so the loss is computed only on the
-        # steps that print it or check it (the first, every 100th, the last): .item()
+        # steps that print it or check it (the first, every 100th, the end): .item()
         # copies it to Python, and on a GPU that waits for all the work queued so far.
-        if t % 100 == 99 or t in (0, steps - 1):
+        if t % 100 == 99 or t in (0, steps):
             # Loss: the squared error, summed over the points. A sum, not a mean, so
             # the gradients grow with the number of points and the steps must be
             # small: stable only below a learning rate of about 3.56e-6 (README).
@@ -84,8 +82,10 @@ def fit(steps=2000, learning_rate=1e-6, seed=0, device=default_device):
                     f"{learning_rate:g} is too large, try a smaller one"
                 )
             previous_loss = loss
-            if t % 100 == 99:
+            if t % 100 == 99 and t < steps:
                 print(t, loss)
+        if t == steps:
+            break
 
         # Backward pass: the gradient of the loss with respect to each weight.
         # loss = Σ error², so ∂loss/∂y_pred = 2 error = 2 (y_pred − y) at each point.

@@ -70,8 +70,7 @@ def test_the_default_run_and_its_seed():
     weights = quiet_fit()
     assert lines[21] == "Result: y = {} + {} x + {} x^2 + {} x^3".format(*weights)
     assert weights == pytest.approx([0.05862, 0.83725, -0.01011, -0.09056], abs=1e-5)
-    # The same seed prints the same numbers, even where a notebook made float64 the
-    # default (fit's tensors are float32 all the same); another seed, others
+    # The same seed, the same numbers, even with float64 as a notebook's default dtype
     torch.set_default_dtype(torch.float64)
     try:
         assert run_main("--device", "cpu") == (status, out, err)
@@ -133,7 +132,7 @@ def test_help_and_the_default_device_that_fit_shares(capsys):
 
 @pytest.mark.parametrize(
     ("learning_rate", "steps", "step"),
-    [(1e-3, 2000, 99), (3.5e38, 2000, 99), (1e-3, 5, 4)],
+    [(1e-3, 2000, 99), (3.5e38, 2000, 99), (1e-3, 5, 5), (3e38, 1, 1), (1e30, 1, 1)],
 )
 def test_divergence_prints_one_line_and_no_nan(learning_rate, steps, step):
     args = ["--device", "cpu", "--lr", str(learning_rate), "--steps", str(steps)]
@@ -144,6 +143,12 @@ def test_divergence_prints_one_line_and_no_nan(learning_rate, steps, step):
     assert (int(match[1]), float(match[2])) == (step, learning_rate)
     with pytest.raises(FloatingPointError, match=f"the loss diverged at step {step}:"):
         quiet_fit(learning_rate=learning_rate, steps=steps)
+
+
+def test_fit_refuses_a_learning_rate_that_is_not_positive():
+    for learning_rate in (0, -1e-6, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="expected a positive learning rate, got"):
+            polyfit_sin.fit(learning_rate=learning_rate)
 
 
 def test_a_loss_that_rose_stops_the_run_and_the_error_comes_after_it_in_a_log():
@@ -173,8 +178,7 @@ def test_converges_to_least_squares_with_no_false_alarm(learning_rate, seed, ste
 def cells(kind):
     """The source of the file's markdown or code cells, split at each `# %%` line."""
     parts = re.split(r"^(# %%.*)\n", SOURCE, flags=re.MULTILINE)
-    assert parts[0] == ""  # the file starts with a cell marker
-    assert parts[1::2] == ["# %% [markdown]", "# %%"] * 3
+    assert parts[0] == "" and parts[1::2] == ["# %% [markdown]", "# %%"] * 3
     return parts[2::4] if kind == "markdown" else parts[4::4]
 
 
@@ -259,6 +263,5 @@ def test_cuda_fit_matches_the_cpus_takes_an_index_and_waits_only_to_read_the_los
             torch.cuda.set_sync_debug_mode("default")
         return len([w for w in caught if "synchroniz" in str(w.message)])
 
-    # The loop waits for the GPU only to read the loss: 800 more steps, 8 more
-    # printed losses, 8 more waits
+    # It waits for the GPU only to read the loss: 800 more steps, 8 more waits
     assert synchronizations(1000) - synchronizations(200) == 8

@@ -31,8 +31,7 @@ def sci(value, digits=3):
 
 
 def curvatures(powers):  # the eigenvalues, rising, and eigenvectors of the Hessian
-    _, X = columns(powers)
-    return torch.linalg.eigh(2 * X.T @ X)
+    return torch.linalg.eigh(2 * columns(powers)[1].T @ columns(powers)[1])
 
 
 @functools.cache
@@ -102,8 +101,9 @@ def test_why_the_rate_is_so_small_and_the_default_run_stops_above_the_floor():
         f"largest eigenvalue, {steepest:,.0f}, sets the limit: 2 / {steepest:,.0f} ≈",
         f"{flattest:,.1f} (mostly along a), is {steepest / flattest:.0f} times smaller",
         f"the limit 2000 times larger, about {sci(2000 * 2 / steepest, 2)}",
-        f"The limit, 2 / {steepest:,.0f} = {sci(2 / steepest, 5)}, lies between them.",
-        "prints `99 87193.2109375` before its loss rises and it stops at step 199",
+        f"The limit, 2 / {steepest:,.0f} = {sci(2 / steepest, 5)}, lies between them;",
+        "at step 99 it is still below the start (`99 87193.2109375`), so the run stops "
+        "only at step 199.",
     )
     # Try it, 2: why the default run stops above the floor
     best, floor, _ = best_fit(CUBIC)
@@ -142,7 +142,7 @@ def test_how_good_is_the_fit():
     assert fitted_gap.argmax() == 1999  # at π
     said(
         f"y = {best[1]:.5f} x − {-best[3]:.6f} x³ with loss {floor:.3f}",
-        f"off by {gap[0]:.3f} at ±π, by at most {inside:.2f} in between",
+        f"off by {gap[0]:.3f} at ±π, by up to {inside:.3f} in between",
         f"(loss {(fitted_gap**2).sum():.2f} after its last update) by at most "
         f"{fitted_gap.max():.3f}, at π",
     )
@@ -198,7 +198,7 @@ def test_try_it_a_mean_instead_of_a_sum_and_an_x5_term():
         assert float(printed[5:]) == pytest.approx(float(line[5:]), rel=1e-5)
         said(f"`{line}`")
     start = run("python polyfit_sin.py --lr 1e-50 --steps 100")[2][0][1]
-    said(f"(`1999 148450.53125`, from about {round(start, -2):,.0f} at the start)")
+    said(f"(`1999 148450.53125`, from {round(start, -2):,.0f} at the start)")
     last = mean(learning_rate=7e-3)[0]
     assert float(last.split()[1]) == pytest.approx(best_fit(CUBIC)[1], rel=1e-6)
     for rate in (7.2e-3, 0.1):
