@@ -102,8 +102,8 @@ def test_why_the_rate_is_so_small_and_the_default_run_stops_above_the_floor():
         f"{flattest:,.1f} (mostly along a), is {steepest / flattest:.0f} times smaller",
         f"the limit 2000 times larger, about {sci(2000 * 2 / steepest, 2)}",
         f"The limit, 2 / {steepest:,.0f} = {sci(2 / steepest, 5)}, lies between them;",
-        "at step 99 it is still below the start (`99 87193.2109375`), so the run stops "
-        "only at step 199.",
+        "below the start at step 99 (`99 87193.2109375`), above step 99's at step 199, "
+        "where the run stops.",
     )
     # Try it, 2: why the default run stops above the floor
     best, floor, _ = best_fit(CUBIC)
@@ -142,7 +142,7 @@ def test_how_good_is_the_fit():
     assert fitted_gap.argmax() == 1999  # at π
     said(
         f"y = {best[1]:.5f} x − {-best[3]:.6f} x³ with loss {floor:.3f}",
-        f"off by {gap[0]:.3f} at ±π, by up to {inside:.3f} in between",
+        f"off by {gap[0]:.3f} at ±π and {inside:.3f} at its inner bumps",
         f"(loss {(fitted_gap**2).sum():.2f} after its last update) by at most "
         f"{fitted_gap.max():.3f}, at π",
     )
