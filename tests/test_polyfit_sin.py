@@ -1,267 +1,272 @@
-"""The specification of polyfit_sin.py: its fit, its output, its errors, its notebook use."""
+"""The specification of polyfit_sin.py: its output, gradients, divergence and cells."""
 
 import ast
 import contextlib
-import importlib
+import functools
 import io
+import os
 import pathlib
 import re
 import subprocess
 import sys
-import types
 import warnings
 
 import pytest
 import torch
 
-import polyfit_sin
-
-SCRIPT = pathlib.Path(polyfit_sin.__file__).resolve()
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "polyfit_sin.py"
 SOURCE = SCRIPT.read_text(encoding="utf-8")
+README = (ROOT / "README.md").read_text(encoding="utf-8")
 HAS_CUDA = torch.cuda.is_available()
-CUBIC = [0, 1, 2, 3]  # the powers of x in y = a + b x + c x² + d x³
-DIVERGED = re.compile(
-    r"polyfit_sin\.py: error: the loss diverged at step (\d+): "
-    r"the learning rate (\S+) is too large, try a smaller one"
+# The published lesson's last loss line and Result
+PUBLISHED_LAST_LOSS = "1999 9.045997619628906"
+PUBLISHED_RESULT = [
+    0.009059899486601353,
+    0.8446162343025208,
+    -0.0015629848930984735,
+    -0.0916057676076889,
+]
+NUMBER = r"-?\d[\d.e+-]*"
+RESULT = re.compile(
+    rf"Result: y = ({NUMBER}) \+ ({NUMBER}) x \+ ({NUMBER}) x\^2 \+ ({NUMBER}) x\^3"
 )
+DIVERGED = "Diverged by step {}: try a learning rate below {}"
+CHOOSE_DEVICE = "    device = torch.accelerator.current_accelerator().type\n"
 
 
-def run_main(*args):
-    """main(ARGS) here: (exit status, stdout, stderr). A traceback fails the test."""
-    out, err, status = io.StringIO(), io.StringIO(), 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+def edit(source, *edits):
+    """The source with each (old, new) edit made; each old text occurs exactly once."""
+    for old, new in edits:
+        assert source.count(old) == 1, old
+        source = source.replace(old, new)
+    return source
+
+
+def setting(source, *lines):
+    """The source with its named numbers set, as in `steps = 6000`."""
+    for line in lines:
+        name = line.split(" = ")[0]
+        source, count = re.subn(rf"^{name} = .*$", line, source, flags=re.MULTILINE)
+        assert count == 1, line
+    return source
+
+
+def on_cpu(source):
+    """The edit the docstring tells a learner: device = "cpu" after the lines choosing it."""
+    return edit(source, (CHOOSE_DEVICE, CHOOSE_DEVICE + 'device = "cpu"\n'))
+
+
+def exec_source(source):
+    """Run source as one notebook cell: (what it printed, its exit message or None, its names)."""
+    names = {"__name__": "__main__"}
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
         try:
-            polyfit_sin.main(list(args))
+            exec(compile(source, "polyfit_sin.py", "exec"), names)  # noqa: S102
         except SystemExit as stop:
-            status = stop.code
-    return status, out.getvalue(), err.getvalue()
+            return printed.getvalue(), stop.code, names
+    return printed.getvalue(), None, names
 
 
-def quiet_fit(**kwargs):
-    """fit(**kwargs) on the CPU, its printed lines swallowed: a, b, c, d."""
-    with contextlib.redirect_stdout(io.StringIO()):
-        return polyfit_sin.fit(device="cpu", **kwargs)
+@functools.cache
+def run(*lines, source=SOURCE):
+    """The script on the CPU with the named numbers set: (printed, exit message, names)."""
+    return exec_source(on_cpu(setting(source, *lines)))
 
 
-def columns(powers):
-    """x at the script's 2000 float32 points, in float64, and its powers as columns."""
-    x = torch.linspace(-torch.pi, torch.pi, 2000).double()
-    return x, torch.stack([x**p for p in powers], dim=1)
+def losses(printed):
+    """The loss lines as {step: loss}."""
+    lines = re.findall(r"^(\d+) (\S+)$", printed, re.MULTILINE)
+    return {int(t): float(loss) for t, loss in lines}
+
+
+def sample():
+    """The README's sample output."""
+    return re.search(
+        r"`python polyfit_sin.py` prints:\n\n```\n(.*?)```", README, re.DOTALL
+    )[1]
+
+
+def test_the_command_line_prints_the_published_lesson_quietly():
+    if torch.accelerator.is_available() and not HAS_CUDA:
+        pytest.skip(
+            "this machine's accelerator can't be hidden with CUDA_VISIBLE_DEVICES"
+        )
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert (done.returncode, done.stderr) == (0, "")
+    lines = done.stdout.splitlines()
+    assert len(lines) == 22 and lines[0] == "Using cpu device"
+    # Each loss as Python prints a float, at steps 99, 199, ..., 1999
+    assert list(losses(done.stdout)) == list(range(99, 2000, 100))
+    assert lines[1:21] == [f"{t} {loss!r}" for t, loss in losses(done.stdout).items()]
+    assert RESULT.fullmatch(lines[21])
+    # The README's sample is the published lesson's output, and the run prints it to
+    # float32 rounding (byte for byte on the CPU the sample was checked on)
+    assert PUBLISHED_LAST_LOSS in sample()
+    assert [float(n) for n in RESULT.search(sample()).groups()] == PUBLISHED_RESULT
+    assert re.sub(NUMBER, "N", done.stdout) == re.sub(NUMBER, "N", sample())
+    numbers = [float(n) for n in re.findall(NUMBER, done.stdout)]
+    expected = [float(n) for n in re.findall(NUMBER, sample())]
+    assert numbers == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    # Pasted whole into a notebook cell, it prints the same
+    assert exec_source(on_cpu(SOURCE))[:2] == (done.stdout, None)
 
 
 def best_fit(powers):
-    """The least-squares fit with these powers of x: coefficients, loss, errors."""
-    x, X = columns(powers)
+    """The float64 least-squares fit at the script's points: coefficients, loss, errors."""
+    x = torch.linspace(-torch.pi, torch.pi, 2000).double()
+    X = torch.stack([x**p for p in powers], dim=1)
     solution = torch.linalg.lstsq(X, torch.sin(x).unsqueeze(1)).solution.squeeze(1)
     error = X @ solution - torch.sin(x)
     return solution.tolist(), (error**2).sum().item(), error
 
 
-def test_the_default_run_and_its_seed():
-    status, out, err = run_main("--device", "cpu")
-    assert (status, err) == (0, "")
-    lines = out.splitlines()
-    assert lines[0] == "Using cpu device" and len(lines) == 22
-    losses = [float(line.split()[1]) for line in lines[1:21]]
-    steps = range(99, 2000, 100)  # counted from 0; each loss as Python prints a float
-    assert lines[1:21] == [f"{t} {loss!r}" for t, loss in zip(steps, losses)]
-    assert losses == sorted(losses, reverse=True)
-    assert losses[-1] == pytest.approx(12.28668, rel=1e-5)
-    weights = quiet_fit()
-    assert lines[21] == "Result: y = {} + {} x + {} x^2 + {} x^3".format(*weights)
-    assert weights == pytest.approx([0.05862, 0.83725, -0.01011, -0.09056], abs=1e-5)
-    # The same seed, the same numbers, even with float64 as a notebook's default dtype
-    torch.set_default_dtype(torch.float64)
-    try:
-        assert run_main("--device", "cpu") == (status, out, err)
-    finally:
-        torch.set_default_dtype(torch.float32)
-    assert run_main("--device", "cpu", "--seed", "1")[1].splitlines()[1] != lines[1]
+def test_a_larger_stable_rate_converges_to_least_squares():
+    _, exit_message, names = run("learning_rate = 3e-6", "steps = 10000")
+    assert exit_message is None
+    weights = [names[w].item() for w in "abcd"]
+    assert weights == pytest.approx(best_fit([0, 1, 2, 3])[0], abs=1e-4)
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+@pytest.mark.parametrize("seed", [0, 1, 42])
 def test_hand_derived_gradients_equal_autograd(seed):
-    after_1 = torch.tensor(quiet_fit(steps=1, seed=seed), dtype=torch.float64)
-    after_2 = torch.tensor(quiet_fit(steps=2, seed=seed), dtype=torch.float64)
-    # The second step moved each weight by -learning_rate * its gradient there
-    by_hand = (after_1 - after_2) / 1e-6
-    a, b, c, d = (w.clone().requires_grad_() for w in after_1)
-    x, _ = columns(CUBIC)
+    _, _, names = run(f"seed = {seed}", "steps = 1")  # the gradients at the start
+    torch.manual_seed(seed)
+    a, b, c, d = (
+        torch.randn((), dtype=torch.float64, requires_grad=True) for _ in "abcd"
+    )
+    x = names["x"].double()
     ((a + b * x + c * x**2 + d * x**3 - torch.sin(x)) ** 2).sum().backward()
     autograd = torch.stack([a.grad, b.grad, c.grad, d.grad])
+    by_hand = torch.stack([names[f"grad_{w}"] for w in "abcd"]).double()
     assert (autograd.abs() > 1000).all()  # none near zero, so rtol means something
-    # float32 rounding of the step leaves at most about 1e-5 of each gradient
-    torch.testing.assert_close(by_hand, autograd, rtol=1e-4, atol=0)
-
-
-BAD_INPUT = {
-    "--steps 0": "argument --steps: expected at least 1, got 0",
-    "--steps 1e3": "argument --steps: invalid int value: '1e3'",
-    "--lr 0": "argument --lr: expected a positive number, got 0.0",
-    "--lr=-1e-6": "argument --lr: expected a positive number, got -1e-06",
-    "--lr nan": "argument --lr: expected a positive number, got nan",
-    "--lr inf": "argument --lr: expected a positive number, got inf",
-    "--lr fast": "argument --lr: invalid float value: 'fast'",
-    "--seed -1": "argument --seed: expected 0 to 2**64-1, got -1",
-    f"--seed {2**64}": f"argument --seed: expected 0 to 2**64-1, got {2**64}",
-    "--device gpu": "argument --device: invalid choice: 'gpu' (choose from ",
-    "--stpes 10": "unrecognized arguments: --stpes 10",
-}
-if not HAS_CUDA:  # as the README's troubleshooting quotes it
-    BAD_INPUT["--device cuda"] = "argument --device: invalid choice: 'cuda'"
-
-
-@pytest.mark.parametrize("args", BAD_INPUT)
-def test_bad_input_is_a_usage_error_with_status_2(args):
-    status, out, err = run_main(*args.split())
-    assert (status, out) == (2, "")
-    assert err.startswith("usage: polyfit_sin.py ")
-    assert err.splitlines()[-1].startswith(f"polyfit_sin.py: error: {BAD_INPUT[args]}")
-
-
-def test_help_and_the_default_device_that_fit_shares(capsys):
-    status, out, _ = run_main("--help")
-    assert status == 0 and out.isascii()  # so that any console can print it
-    assert all(flag in out for flag in ("--device", "--steps", "--lr", "--seed"))
-    assert "the loss diverges above about 3.56e-6" in " ".join(out.split())
-    expected = torch.accelerator.current_accelerator().type if HAS_CUDA else "cpu"
-    assert f"(default: {expected}, the machine's accelerator" in " ".join(out.split())
-    polyfit_sin.fit(steps=1)
-    assert capsys.readouterr().out.startswith(f"Using {expected} device\n")
+    torch.testing.assert_close(by_hand, autograd, rtol=1e-5, atol=0)
 
 
 @pytest.mark.parametrize(
     ("learning_rate", "steps", "step"),
-    [(1e-3, 2000, 99), (3.5e38, 2000, 99), (1e-3, 5, 5), (3e38, 1, 1), (1e30, 1, 1)],
+    [
+        ("3.7e-6", 2000, 599),
+        ("1e-3", 2000, 99),
+        ("1e-3", 20, 19),
+        ("1e-2", 10, 9),
+        ("3e38", 1, 0),
+    ],
 )
-def test_divergence_prints_one_line_and_no_nan(learning_rate, steps, step):
-    args = ["--device", "cpu", "--lr", str(learning_rate), "--steps", str(steps)]
-    status, out, err = run_main(*args)
-    assert (status, out) == (1, "Using cpu device\n")  # no loss line, no Result
-    match = DIVERGED.fullmatch(err.rstrip("\n"))
-    assert match, err
-    assert (int(match[1]), float(match[2])) == (step, learning_rate)
-    with pytest.raises(FloatingPointError, match=f"the loss diverged at step {step}:"):
-        quiet_fit(learning_rate=learning_rate, steps=steps)
-
-
-def test_fit_refuses_a_learning_rate_that_is_not_positive():
-    for learning_rate in (0, -1e-6, float("nan"), float("inf")):
-        with pytest.raises(ValueError, match="expected a positive learning rate, got"):
-            polyfit_sin.fit(learning_rate=learning_rate)
-
-
-def test_a_loss_that_rose_stops_the_run_and_the_error_comes_after_it_in_a_log():
-    # 3.56e-6 is just past the stable rate, 3.558e-6: the loss falls, then rises.
-    # Run as `python polyfit_sin.py --lr 3.56e-6 > log 2>&1`, one file for both.
-    argv = [sys.executable, str(SCRIPT), "--device", "cpu", "--lr", "3.56e-6"]
-    done = subprocess.run(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False
+def test_a_divergence_stops_with_one_line_and_never_prints_nan_or_inf(
+    learning_rate, steps, step
+):
+    printed, exit_message, _ = run(
+        f"learning_rate = {learning_rate}", f"steps = {steps}"
     )
-    assert done.returncode == 1
-    lines = done.stdout.splitlines()  # and no warning, no traceback
-    assert lines[:2] == ["Using cpu device", "99 87193.2109375"] and len(lines) == 3
-    assert DIVERGED.fullmatch(lines[2])[1] == "199"
+    assert exit_message == DIVERGED.format(step, float(learning_rate))
+    assert not re.search(r"nan|inf", printed + exit_message)
+    assert "Result" not in printed
+    climbing = list(losses(printed).values())
+    assert climbing == sorted(climbing)  # the losses it printed climbed, as they were
 
 
-@pytest.mark.parametrize(
-    ("learning_rate", "seed", "steps"),
-    # 3e-6; just below the stable rate; and the run whose converged loss wobbled the
-    # most (by 2.2e-7 of itself) of 7 rates from 1e-6 to 3.5579e-6 and seeds 0 to 5
-    [(3e-6, 0, 10_000), (3.557e-6, 0, 20_000), (1e-6, 4, 20_050)],
-)
-def test_converges_to_least_squares_with_no_false_alarm(learning_rate, seed, steps):
-    weights = quiet_fit(steps=steps, learning_rate=learning_rate, seed=seed)
-    assert weights == pytest.approx(best_fit(CUBIC)[0], abs=1e-4)
+def test_a_loss_that_rises_but_stays_finite_is_printed_as_it_is():
+    # Just past the stable limit, 2 / 562,122 = 3.5579e-6: the loss climbs slowly
+    printed, exit_message, _ = run("learning_rate = 3.56e-6")
+    assert exit_message is None and RESULT.search(printed)
+    rising = list(losses(printed).values())
+    assert rising == sorted(rising) and rising[-1] > 50 * rising[0]
+    # Under 100 steps nothing is checked but the Result, which here is large, not inf
+    printed, exit_message, _ = run("learning_rate = 1e-3", "steps = 5")
+    assert exit_message is None and abs(float(RESULT.search(printed)[4])) > 1e12
 
 
-def cells(kind):
-    """The source of the file's markdown or code cells, split at each `# %%` line."""
+def test_on_the_command_line_a_divergence_is_one_line_on_stderr_and_status_1(tmp_path):
+    copy = tmp_path / "polyfit_sin.py"
+    copy.write_text(on_cpu(setting(SOURCE, "learning_rate = 1e-3")), encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, str(copy)], capture_output=True, text=True, check=False
+    )
+    assert (done.returncode, done.stdout) == (1, "Using cpu device\n")
+    assert done.stderr == DIVERGED.format(99, 1e-3) + "\n"  # and no traceback
+
+
+def cells():
+    """The file's cells, split at each `# %%` line: [(marker, source)]."""
     parts = re.split(r"^(# %%.*)\n", SOURCE, flags=re.MULTILINE)
-    assert parts[0] == "" and parts[1::2] == ["# %% [markdown]", "# %%"] * 3
-    return parts[2::4] if kind == "markdown" else parts[4::4]
+    assert parts[0] == ""
+    return list(zip(parts[1::2], parts[2::2]))
 
 
 def prose():
     """The markdown cells as a notebook shows them: the docstring, then comments."""
-    docstring, *comments = (cell.strip() for cell in cells("markdown"))
+    docstring, *comments = (
+        text.strip() for marker, text in cells() if "markdown" in marker
+    )
     assert all(re.fullmatch(r"#( .*)?(\n#( .*)?)*", text) for text in comments)
     comments = [re.sub(r"^# ?", "", text, flags=re.MULTILINE) for text in comments]
     return [ast.literal_eval(docstring).strip(), *comments]
 
 
-def test_cells_alternate_prose_and_code_with_one_title_and_sections_below_it():
-    assert prose()[0] == polyfit_sin.__doc__.strip()  # sphinx-gallery's header
-    # A comment right under `# %%` would turn into prose in sphinx-gallery
-    assert not any(code.lstrip("\n").startswith("#") for code in cells("code"))
-    # `=` first and `-` after: levels 1 and 2 in RST (by order) and in Markdown
-    text = "\n\n".join(prose())
-    underlined = re.findall(r"^(.+)\n([=~-]{3,})$", text, flags=re.MULTILINE)
-    assert [(title, len(line), line[0]) for title, line in underlined] == [
-        ("PyTorch: Tensors", 16, "="),
-        ("The fit", 7, "-"),
-        ("The command line", 16, "-"),
+def test_cells_alternate_prose_and_code_and_each_output_shows_under_its_cell():
+    assert [marker for marker, _ in cells()] == ["# %% [markdown]", "# %%"] * 2 + [
+        "# %% [markdown]"
     ]
+    # A comment right under `# %%` would turn into prose in sphinx-gallery
+    assert not any(text.startswith("#") for marker, text in cells() if marker == "# %%")
+    # One title, `=`, and sections under it, `-`: the same levels in RST and Markdown
+    text = "\n\n".join(prose())
+    underlined = re.findall(r"^(.+)\n([=-]{3,})$", text, flags=re.MULTILINE)
+    assert [(len(title), line[0]) for title, line in underlined] == [
+        (len(line), "=" if i == 0 else "-") for i, (_, line) in enumerate(underlined)
+    ]
+    assert underlined[0][0] == "PyTorch: Tensors" and len(underlined) == 3
     # Nothing a notebook shows raw: an RST role, an escape, `x` (italics in RST)
     assert not re.search(r":\w+:`|\\|(?<!`)`[^`]+`(?!`)", text)
+    # Run cell by cell, the device line shows under the first code cell, the rest
+    # under the one with the loop
+    names = {"__name__": "__main__"}
+    shown = []
+    for _, text in cells():
+        code = on_cpu(text) if CHOOSE_DEVICE in text else text
+        with contextlib.redirect_stdout(io.StringIO()) as printed:
+            exec(compile(code, "cell", "exec"), names)  # noqa: S102
+        shown.append(printed.getvalue())
+    assert shown[1] == "Using cpu device\n"
+    assert shown[3] == run()[0].removeprefix(shown[1]) and shown[3].count("\n") == 21
 
 
 def test_jupytext_opens_the_prose_as_markdown_and_the_code_as_code():
     notebook = pytest.importorskip("jupytext").read(SCRIPT)
-    assert [cell.cell_type for cell in notebook.cells] == ["markdown", "code"] * 3
-    assert [cell.source for cell in notebook.cells[::2]] == prose()
+    kinds = ["markdown" if "markdown" in marker else "code" for marker, _ in cells()]
+    assert [cell.cell_type for cell in notebook.cells] == kinds
+    assert [
+        cell.source for cell in notebook.cells if cell.cell_type == "markdown"
+    ] == prose()
 
 
-@pytest.mark.parametrize("whole_file", [True, False])
-def test_notebook_run_prints_what_the_command_line_prints(monkeypatch, whole_file):
-    # A kernel: ipykernel loaded, sys.argv its own flags; a pasted file: no __file__
-    monkeypatch.setattr(sys, "argv", ["ipykernel_launcher.py", "-f", "kernel-1.json"])
-    monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
-    namespace = {"__name__": "__main__"}
-    with contextlib.redirect_stdout(io.StringIO()) as printed:
-        for cell in [SOURCE] if whole_file else cells("code"):
-            exec(compile(cell, "<notebook cell>", "exec"), namespace)  # noqa: S102
-    assert printed.getvalue() == run_main()[1]
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+def test_on_a_cuda_gpu_the_output_matches_and_it_waits_only_to_print():
+    printed, exit_message, _ = exec_source(SOURCE)
+    assert exit_message is None and printed.startswith("Using cuda device\n")
+    printed, cpu_printed = printed.split("\n", 1)[1], run()[0].split("\n", 1)[1]
+    assert re.sub(NUMBER, "N", printed) == re.sub(NUMBER, "N", cpu_printed)
+    numbers = [float(n) for n in re.findall(NUMBER, printed)]
+    expected = [float(n) for n in re.findall(NUMBER, cpu_printed)]
+    assert numbers == pytest.approx(expected, rel=1e-4, abs=1e-5)
 
-
-def test_run_magic_reads_its_flags_and_import_prints_nothing(monkeypatch, capsys):
-    # `%run polyfit_sin.py --stpes 10`: ipykernel is loaded, but __file__ is set and
-    # sys.argv holds the flags typed
-    monkeypatch.setattr(sys, "argv", [str(SCRIPT), "--stpes", "10"])
-    monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
-    with pytest.raises(SystemExit) as stop:
-        polyfit_sin.main()
-    assert stop.value.code == 2
-    assert capsys.readouterr().err.endswith("unrecognized arguments: --stpes 10\n")
-    importlib.reload(polyfit_sin)
-    assert capsys.readouterr() == ("", "")
-
-
-cuda_only = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
-
-
-@cuda_only
-def test_cuda_fit_matches_the_cpus_takes_an_index_and_waits_only_to_read_the_loss():
-    with contextlib.redirect_stdout(io.StringIO()) as printed:
-        on_cuda = polyfit_sin.fit()
-    assert printed.getvalue().startswith("Using cuda device\n")
-    assert on_cuda == pytest.approx(quiet_fit(), rel=1e-4, abs=1e-5)
-    status, out, _ = run_main("--device", "cuda:0", "--steps", "100")
-    assert (status, out.splitlines()[0]) == (0, "Using cuda:0 device")
-    count = torch.cuda.device_count()
-    status, _, err = run_main("--device", f"cuda:{count}")
-    assert status == 2 and f"invalid choice: 'cuda:{count}'" in err
-
-    def synchronizations(steps):
+    def waits(steps):
         torch.cuda.set_sync_debug_mode("warn")
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                with contextlib.redirect_stdout(io.StringIO()):
-                    polyfit_sin.fit(steps=steps, device="cuda")
+                exec_source(setting(SOURCE, f"steps = {steps}"))
         finally:
             torch.cuda.set_sync_debug_mode("default")
         return len([w for w in caught if "synchroniz" in str(w.message)])
 
-    # It waits for the GPU only to read the loss: 800 more steps, 8 more waits
-    assert synchronizations(1000) - synchronizations(200) == 8
+    # 800 more steps, 8 more printed losses: one wait for the GPU each, and no other
+    assert waits(1000) - waits(200) == 8
