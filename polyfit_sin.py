@@ -11,8 +11,8 @@ the learning rate has to be so small.
 A tensor is an array of numbers much like a numpy array, with two differences: it
 can live on a GPU as well as on the CPU, and it holds float32 by default, where
 numpy uses float64. This file computes on the machine's GPU, or other accelerator,
-if it has one; to compute on the CPU, add ``device = "cpu"`` after the lines that
-choose it. Each ``# %%`` line starts a notebook cell.
+if it has one; to compute on the CPU anyway, delete the ``if`` statement that picks
+it. Each ``# %%`` line starts a notebook cell.
 """
 
 # %%
@@ -21,7 +21,7 @@ import sys
 
 import torch
 
-# The machine's accelerator (a CUDA GPU, say) if it has one, else the CPU
+# The CPU, unless the machine has an accelerator (a CUDA GPU, say)
 device = "cpu"
 if torch.accelerator.is_available():
     device = torch.accelerator.current_accelerator().type
@@ -35,8 +35,8 @@ print(f"Using {device} device")
 # is (the loss), works out how the loss changes with each weight (the backward pass)
 # and moves each weight a small step downhill (the update). The loss sums over 2000
 # points, so its gradients are large and the steps must be small: gradient descent
-# is stable only for a learning rate below about 3.56e-6. A mean is as valid a loss,
-# with 2000 times smaller gradients and a 2000 times larger rate.
+# is stable only for a learning rate below about 3.56e-6. A mean is as valid a loss:
+# its gradients are 2000 times smaller, and it allows a 2000 times larger rate.
 
 # %%
 learning_rate = 1e-6
@@ -50,8 +50,8 @@ y = torch.sin(x)
 x2 = x**2
 x3 = x**3
 
-# torch.randn(()) draws a 0-d tensor, a single number. Drawn on the CPU and then
-# moved to the device, the same seed gives the same start on any device.
+# torch.randn(()) draws a 0-d tensor, one number. Each is drawn on the CPU, then
+# moved, so that a seed gives the same start on any device.
 torch.manual_seed(seed)
 a = torch.randn(()).to(device)
 b = torch.randn(()).to(device)
@@ -63,8 +63,8 @@ for t in range(steps):
     y_pred = a + b * x + c * x2 + d * x3
     error = y_pred - y
 
-    # Loss: the squared error, summed. It stays a tensor: .item() copies it to
-    # Python, which waits for a GPU to finish its work, so it is read only to print.
+    # Loss: the squared error, summed. The backward pass needs only the error, so the
+    # loss is for printing; .item() copies it to Python, waiting for a GPU, only then.
     loss = error.pow(2).sum()
     if t % 100 == 99:
         loss_value = loss.item()
@@ -96,5 +96,5 @@ print(f"Result: y = {a.item()} + {b.item()} x + {c.item()} x^2 + {d.item()} x^3"
 # ------------------
 #
 # No cubic matches sin(x). The best, by least squares, has loss ≈ 8.82 and is off
-# by about 0.2 at ±π; this run ends at 9.05. The next lesson, on autograd, keeps
-# this loop and replaces the backward pass with one call, ``loss.backward()``.
+# by about 0.2 at ±π; this run ends at 9.05. The next lesson, on autograd, replaces
+# the hand-written backward pass with one call, ``loss.backward()``.
