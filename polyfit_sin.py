@@ -8,8 +8,8 @@ four tensors as the weights and every gradient worked out by hand. You will lear
 what a tensor is next to a numpy array, the four parts of a training step, and why
 the learning rate has to be so small.
 
-A tensor is an array of numbers much like a numpy array, with two differences: it
-can live on a GPU as well as on the CPU, and it holds float32 by default, where
+A tensor is an array of numbers much like a numpy array. Two differences show here:
+it can live on a GPU as well as on the CPU, and it holds float32 by default, where
 numpy uses float64. This file computes on the machine's GPU, or other accelerator,
 if it has one; to compute on the CPU anyway, delete the ``if`` statement that picks
 it. Each ``# %%`` line starts a notebook cell.
@@ -59,16 +59,16 @@ c = torch.randn(()).to(device)
 d = torch.randn(()).to(device)
 
 for t in range(steps):
-    # Forward pass: the cubic's prediction at every point, and how far off it is
+    # Forward pass: the cubic's prediction at every point, and its error there
     y_pred = a + b * x + c * x2 + d * x3
     error = y_pred - y
 
-    # Loss: the squared error, summed. The backward pass needs only the error, so the
-    # loss is for printing; .item() copies it to Python, waiting for a GPU, only then.
+    # Loss: the squared error, summed, as a tensor. Reading it with .item() waits
+    # for a GPU to finish the work queued so far, so it is read only to print it.
     loss = error.pow(2).sum()
     if t % 100 == 99:
         loss_value = loss.item()
-        if not math.isfinite(loss_value):  # sys.exit prints to stderr, exit status 1
+        if not math.isfinite(loss_value):  # inf or nan: stop rather than print it
             sys.exit(f"Diverged by step {t}: try a learning rate below {learning_rate}")
         print(t, loss_value)
 
@@ -86,8 +86,8 @@ for t in range(steps):
     c -= learning_rate * grad_c
     d -= learning_rate * grad_d
 
-# A run of under 100 steps prints no loss, so the weights are checked here too
-if not all(math.isfinite(w) for w in (a, b, c, d)):
+# A run of under 100 steps prints no loss, so the Result is checked here too
+if not all(math.isfinite(w.item()) for w in (a, b, c, d)):
     sys.exit(f"Diverged by step {t}: try a learning rate below {learning_rate}")
 print(f"Result: y = {a.item()} + {b.item()} x + {c.item()} x^2 + {d.item()} x^3")
 

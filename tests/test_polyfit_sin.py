@@ -16,10 +16,9 @@ import warnings
 import pytest
 import torch
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "polyfit_sin.py"
+SCRIPT = pathlib.Path(__file__).resolve().parent.parent / "polyfit_sin.py"
 SOURCE = SCRIPT.read_text(encoding="utf-8")
-README = (ROOT / "README.md").read_text(encoding="utf-8")
+README = (SCRIPT.parent / "README.md").read_text(encoding="utf-8")
 # The published lesson's last two lines
 PUBLISHED = """1999 9.045997619628906
 Result: y = 0.009059899486601353 + 0.8446162343025208 x + -0.0015629848930984735 x^2 + -0.0916057676076889 x^3
@@ -262,11 +261,12 @@ def test_why_the_rate_is_so_small():
         f"{steepest / flattest:.0f} times smaller",
         f"the limit 2000 times larger, about {sci(4000 / steepest, 2)}.",
     )
-    # The README's way to see them, after a run
-    pattern = r"print `(torch\.linalg\.eigvalsh.*?)` with `(X = .*?)`"
-    command, columns = re.search(pattern, WORDS).groups()
-    shown = exec_source(on_cpu(SOURCE) + f"{columns}\nshown = {command}\n")[2]["shown"]
-    assert shown.tolist() == pytest.approx(values.tolist(), rel=1e-6)
+    # The README's way to see them
+    pattern = r"add `(X = .*?)` and `(print\(torch.linalg.eigvalsh.*?\))` after `(.*?)`"
+    columns, show, anchor = re.search(pattern, WORDS).groups()
+    source = edit(SOURCE, (anchor + "\n", f"{anchor}\n{columns}\n{show}\n"))
+    shown = re.search(r"tensor\(\[(.*?)\]", exec_source(on_cpu(source))[0], re.DOTALL)
+    assert ast.literal_eval(f"[{shown[1]}]") == pytest.approx(values.tolist(), rel=1e-6)
     said(f"below about {sci(2 / steepest)}", "2000 times larger rate", where=FILE_PROSE)
 
 
@@ -386,7 +386,7 @@ def test_try_it_4_an_x5_term():
     said(
         f"The floor drops from {FLOOR:.3f} to {floor:.4f} (largest gap "
         f"{error.abs().max():.3f}), but 1e-6 now stops at step 99: the largest curvature "
-        f"(add `x5` to `X`) is {sci(steepest)}, so the limit is 2 / {sci(steepest)} ≈ {sci(2 / steepest)}",
+        f"(with `x5` in `X`) is {sci(steepest)}, so the limit is 2 / {sci(steepest)} ≈ {sci(2 / steepest)}",
         f"The smallest is {flattest:.0f}, {round(steepest / flattest, -2):,.0f} times less",
     )
 
