@@ -314,10 +314,10 @@ def test_try_it_1_watch_it_diverge():
     assert climb[-1] * factor**200 > float32_max
     said(
         f"The limit, 2 / {STEEPEST:,.0f} = {sci(2 / STEEPEST, 5)}, lies between them",
-        f"1 − 3.7e-6 × {STEEPEST:,.0f} ≈ −{-factor:.5f}. The loss grows with its square, "
-        f"so each loss line, 100 steps on, is about {-factor:.5f}²⁰⁰ ≈ "
+        f"1 − 3.7e-6 × {STEEPEST:,.0f} ≈ −{-factor:.5f}. The loss grows with its square: "
+        f"each loss line, 100 steps on, is about {-factor:.5f}²⁰⁰ ≈ "
         f"{factor**200 / 1e6:.1f} million times the last",
-        f"about {sci(float32_max, 2)}, so the run stops: "
+        f"about {sci(float32_max, 2)}, and the run stops: "
         f"`{run('learning_rate = 3.7e-6')[1]}`",
     )
 
