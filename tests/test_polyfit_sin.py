@@ -90,7 +90,7 @@ def cited(text, *figures, reach=150):
     """Each (label, figure): the text quotes the figure within reach of the label."""
     text, wrong = " ".join(text.split()), []  # line breaks aside
     for label, figure in figures:
-        spots = [m.start() for m in re.finditer(re.escape(label), text)]
+        spots = [m.start() for m in re.finditer(re.escape(label), text, re.IGNORECASE)]
         hits = [m.start() for m in re.finditer(re.escape(figure), text)]
         if not any(abs(hit - spot) <= reach for hit in hits for spot in spots):
             wrong.append(figure)
@@ -310,7 +310,7 @@ def test_each_figure_in_the_readme(readme, source, run):
         ("d alone", f"2 Σ x⁶ ≈ {round(k_d, -3):,.0f}, so lr < {sci(2 / k_d)}"),
         ("a little b", f"k = {steep:,.0f}"),
         ("limit", f"2 / {steep:,.0f} ≈ {sci(2 / steep, 4)}"),
-        ("squares", f"y = {best[1]:.5f} x − {-best[3]:.6f} x³, with loss {floor:.3f}"),
+        ("squares", f"y = {best[1]:.5f} x − {-best[3]:.6f} x³ with loss {floor:.3f}"),
         ("Taylor", f"off by {gap[0]:.3f} at ±π"),
         ("Result", f"off by at most {run_gap.max():.3f}, at π"),
         ("steepest direction", f"≈ −{-factor:.5f}"),
@@ -328,9 +328,9 @@ def test_each_figure_in_the_readme(readme, source, run):
 
 
 def test_the_readme_prints_the_four_curvatures(readme, source):
-    cited(readme, ("add these lines", "after `x3 = x**3`"))
-    command = block(readme, "python", "eigvalsh")
-    script = edit(on("cpu", source), ("x3 = x**3\n", "x3 = x**3\n" + command))
+    cited(readme, ("add these lines", "before the loop"))
+    loop = "for t in range(steps):\n"
+    script = edit(on("cpu", source), (loop, block(readme, "python", "eigvalsh") + loop))
     shown = re.search(r"tensor\(\[(.*?)\]", exec_source(script)[0], re.DOTALL)
     assert numbers(shown[1]) == pytest.approx(fit()[3], rel=1e-6)
 
