@@ -98,8 +98,8 @@ print("Result: y = {} + {} x + {} x^2 + {} x^3".format(*fitted))
 # What the run shows
 # ------------------
 #
-# No cubic matches sin(x). The best, by least squares, has loss ≈ 8.82 and is off
-# by about 0.2 at ±π; this run ends at 9.05. The loss line only reports: the backward
-# pass is derived by hand from Σ error², so changing ``loss = …`` alone changes the
-# printout, not the fit. The next lesson, on autograd, derives the gradients from
-# whatever loss is written, with one call: ``loss.backward()``.
+# No cubic matches sin(x). The best, by least squares, has loss ≈ 8.82 and is off by
+# about 0.2 at ±π; this run's last printed loss is 9.05. The line ``loss = …`` only
+# reports: the backward pass is derived by hand from Σ error², so changing it alone
+# changes the printout, not the fit. The next lesson, on autograd, derives the
+# gradients from whatever loss is written, with one call: ``loss.backward()``.

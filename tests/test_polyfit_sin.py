@@ -280,7 +280,7 @@ def test_each_figure_in_the_files_prose(prose, source, run):
         ("gradients", "The loss sums over 2000 points"),
         ("small", f"2 / {steep:,.0f} ≈ {sci(2 / steep, 4)}"),
         ("best", f"loss ≈ {floor:.2f} and is off by about {gap[0]:.1f} at ±π"),
-        ("this run", f"ends at {losses(run()[0])[1999]:.2f}"),
+        ("this run", f"last printed loss is {losses(run()[0])[1999]:.2f}"),
         ("autograd", "``loss.backward()``"),
     )
 
