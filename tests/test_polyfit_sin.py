@@ -49,8 +49,7 @@ def on(device, source):  # the device named, the `if` that picks an accelerator 
     return edit(source, (CHOOSE_DEVICE, f'device = "{device}"\n'))
 
 
-def exec_source(source):
-    """Run source as one notebook cell: (what it printed, what it raised, its names)."""
+def exec_source(source):  # run as one notebook cell: (printed, raised, names)
     names = {"__name__": "__main__"}
     with contextlib.redirect_stdout(io.StringIO()) as printed:
         try:
@@ -69,10 +68,6 @@ def numbers(text):
     return [float(n) for n in re.findall(NUMBER, text)]
 
 
-def weights(names):
-    return [names[w].item() for w in "abcd"]
-
-
 def fit(powers=(0, 1, 2, 3)):  # least squares' fit, loss, gaps; 2 XᵀX's eigen pairs
     columns = torch.stack([X**p for p in powers], dim=1)
     best = torch.linalg.lstsq(columns, torch.sin(X)[:, None]).solution[:, 0]
@@ -86,8 +81,7 @@ def sci(value, digits=3):  # a number as the README writes it: 3.56e-6, 3.4e38
     return f"{mantissa}e{int(exponent)}"
 
 
-def cited(text, *figures, reach=150):
-    """Each (label, figure): the text quotes the figure within reach of the label."""
+def cited(text, *figures, reach=150):  # each (label, figure): figure near its label
     text, wrong = " ".join(text.split()), []  # line breaks aside
     for label, figure in figures:
         spots = [m.start() for m in re.finditer(re.escape(label), text, re.IGNORECASE)]
@@ -140,16 +134,14 @@ def readme():
 
 
 @pytest.fixture(scope="session")
-def prose(source):
-    """The markdown cells as a notebook shows them: the docstring, then comments."""
+def prose(source):  # the markdown cells as a notebook shows them
     docstring, *comments = (t.strip() for k, t in cells(source) if k == "markdown")
     comments = [re.sub(r"^# ?", "", text, flags=re.MULTILINE) for text in comments]
     return [ast.literal_eval(docstring).strip(), *comments]
 
 
 @pytest.fixture(scope="session")
-def run(source):
-    """The script on the CPU, these numbers set: (printed, raised, names)."""
+def run(source):  # the script on the CPU, these numbers set: (printed, raised, names)
     done = {}
 
     def run(*lines, script=None):
@@ -282,6 +274,13 @@ def test_each_figure_in_the_files_prose(prose, source, run):
         ("best", f"loss ≈ {floor:.2f} and is off by about {gap[0]:.1f} at ±π"),
         ("this run", f"last printed loss is {losses(run()[0])[1999]:.2f}"),
         ("autograd", "``loss.backward()``"),
+        ("cell", "Each ``# %%`` line starts a notebook cell"),
+        ("Each step", "(the forward pass), measures how far off that is (the loss)"),
+        ("downhill", "(the backward pass) and moves each weight a small step"),
+        ("only reports", "changes the printout, not the fit"),
+        ("randn", "so that a seed gives the same start on any device"),
+        ("Loss", "Reading it with .item() waits"),
+        ("check it too", "a run of under 100 steps prints no loss"),
     )
 
 
@@ -289,7 +288,7 @@ def test_each_figure_in_the_readme(readme, source, run):
     best, floor, gap, (flat_a, flat_b, _, steep), vectors = fit()
     _, floor5, _, (flat5, *_, steep5), _ = fit((0, 1, 2, 3, 5))
     k_d, factor = 2 * (X**6).sum().item(), 1 - 3.7e-6 * steep
-    a, b, c, d = weights(run()[2])
+    a, b, c, d = (run()[2][w].item() for w in "abcd")
     run_gap = (a + b * X + c * X**2 + d * X**3 - torch.sin(X)).abs()
     left_a, left_b = ((1 - 1e-6 * k) ** 2000 for k in (flat_a, flat_b))
     assert vectors.abs().argmax(dim=0).tolist() == [0, 1, 2, 3]  # mostly a, b, c, d
