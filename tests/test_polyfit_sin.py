@@ -312,7 +312,7 @@ def test_each_figure_in_the_readme(readme, source, run):
         ("squares", f"y = {best[1]:.5f} x − {-best[3]:.6f} x³ with loss {floor:.3f}"),
         ("Taylor", f"off by {gap[0]:.3f} at ±π"),
         ("Result", f"off by at most {run_gap.max():.3f}, at π"),
-        ("steepest direction", f"≈ −{-factor:.5f}"),
+        ("multiplies", f"≈ −{-factor:.5f}"),
         ("loss line", f"{-factor:.5f}²⁰⁰ ≈ {factor**200 / 1e6:.1f} million"),
         ("float32's largest", f"about {sci(torch.finfo(torch.float32).max, 2)}"),
         ("flattest two", f"k = {flat_a:,.1f} and {flat_b:,.0f}, mostly a and b"),
