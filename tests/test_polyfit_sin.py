@@ -267,19 +267,19 @@ def test_each_figure_and_claim_in_the_files_prose(prose, source, run):
     claims = f"""y = a + b x + c x² + d x³ to y = sin(x) on [-π, π] | four tensors as
     the weights | the four parts of a training step | has to be so small | on a GPU as
     well as on the CPU | float32 by default, where numpy uses float64 | to stay on the
-    CPU, delete the ``if`` | Each ``# %%`` line starts a notebook cell | (a CUDA GPU,
-    say) | ``torch.linalg.lstsq`` would solve this fit exactly | (the forward pass),
-    measures how far off that is (the loss) | (the backward pass) and moves each weight
-    a small step downhill (the update) | The loss sums over 2000 points, so its
+    CPU, delete the ``if`` | ``# %%`` line starts a notebook cell | (a CUDA GPU, say) |
+    ``torch.linalg.lstsq`` would solve this fit exactly, in one call | (the forward
+    pass), measures how far off that is (the loss) | (the backward pass) and moves each
+    weight a small step downhill (the update) | The loss sums over 2000 points, so its
     gradients are large and the steps must be small | 2 / {steep:,.0f} ≈ {limit} | or
     the loss climbs | # 2000 points from -π to π | x² and x³ never change, so compute
-    them once | draws a 0-d tensor, one number. Each is drawn on the CPU | so that a
-    seed gives the same start on any device | # Forward pass: | loss = Σ error² gives
-    ∂loss/∂y_pred = 2 error | Reading it with .item() waits | inf or NaN: stop | moves
-    against its gradient | check it too: a run of under 100 steps prints no loss | No
-    cubic matches sin(x) | loss ≈ {floor:.2f} and is off by about {gap[0]:.1f} at ±π |
-    last printed loss is {last:.2f} | ``loss = …`` only reports | changes the printout,
-    not the fit | ``loss.backward()``"""
+    them once | a 0-d tensor, one number. Each is drawn on the CPU | so that a seed
+    gives the same start on any device | # Forward pass: | loss = Σ error² gives
+    ∂loss/∂y_pred = 2 error | Reading it with .item() waits | read only to print it |
+    inf or NaN: stop | moves against its gradient | a run of under 100 steps prints no
+    loss | No cubic matches sin(x) | The best, by least squares, has loss ≈ {floor:.2f}
+    and is off by about {gap[0]:.1f} at ±π | last printed loss is {last:.2f} | ``loss =
+    …`` only reports | changes the printout, not the fit | ``loss.backward()``"""
     missing = [c for c in " ".join(claims.split()).split(" | ") if c not in text]
     assert missing == [], f"the file no longer says: {missing}"
 
