@@ -160,9 +160,7 @@ def test_final_loss_and_coefficients(run):
     assert fit()[1] < loss < 1.03 * fit()[1]  # just above least squares
 
 
-def test_the_command_line_prints_the_readme_sample_that_ends_as_published(
-    tmp_path, source, readme
-):
+def test_the_command_line_prints_the_published_sample(tmp_path, source, readme):
     (tmp_path / "polyfit_sin.py").write_text(on("cpu", source), encoding="utf-8")
     argv = [sys.executable, str(tmp_path / "polyfit_sin.py")]
     done = subprocess.run(argv, capture_output=True, text=True, check=False)
@@ -257,29 +255,32 @@ def test_on_a_cuda_gpu_the_output_matches_and_it_waits_only_to_print(source, run
 
 
 def test_each_figure_and_claim_in_the_files_prose(prose, source, run):
-    x, a = (run("steps = 0")[2][name] for name in "xa")
-    assert (len(x), x.dtype, a.dim()) == (2000, torch.float32, 0)
+    x, *weights = (run("steps = 0")[2][name] for name in "xabcd")
+    assert (len(x), x.dtype, {w.dim() for w in weights}) == (2000, torch.float32, {0})
     assert (x[0].item(), x[-1].item()) == pytest.approx((-math.pi, math.pi))
     _, floor, gap, (*_, steep), _ = fit()
     last, limit = losses(run()[0])[1999], sci(2 / steep, 4)
-    text = " ".join("\n".join([*prose, source]).split())
-    # What this suite bears out, in the lesson's words, one claim to each `|`
+    text = " ".join("\n".join([*prose, source]).split())  # claims split at each `|`
     claims = f"""y = a + b x + c x² + d x³ to y = sin(x) on [-π, π] | four tensors as
-    the weights | the four parts of a training step | has to be so small | on a GPU as
-    well as on the CPU | float32 by default, where numpy uses float64 | to stay on the
-    CPU, delete the ``if`` | ``# %%`` line starts a notebook cell | (a CUDA GPU, say) |
+    the weights and every gradient worked out by hand | the four parts of a training
+    step, and why the learning rate has to be so small | on a GPU as well as on the CPU
+    | float32 by default, where numpy uses float64 | to stay on the CPU, delete the
+    ``if`` | (a CUDA GPU, say) | where the installed PyTorch can use one |
     ``torch.linalg.lstsq`` would solve this fit exactly, in one call | (the forward
     pass), measures how far off that is (the loss) | (the backward pass) and moves each
     weight a small step downhill (the update) | The loss sums over 2000 points, so its
     gradients are large and the steps must be small | 2 / {steep:,.0f} ≈ {limit} | or
-    the loss climbs | # 2000 points from -π to π | x² and x³ never change, so compute
-    them once | a 0-d tensor, one number. Each is drawn on the CPU | so that a seed
-    gives the same start on any device | # Forward pass: | loss = Σ error² gives
-    ∂loss/∂y_pred = 2 error | Reading it with .item() waits | read only to print it |
-    inf or NaN: stop | moves against its gradient | a run of under 100 steps prints no
-    loss | No cubic matches sin(x) | The best, by least squares, has loss ≈ {floor:.2f}
-    and is off by about {gap[0]:.1f} at ±π | last printed loss is {last:.2f} | ``loss =
-    …`` only reports | changes the printout, not the fit | ``loss.backward()``"""
+    the loss climbs | # 2000 points from -π to π, on the device | x² and x³ never
+    change, so compute them once | a 0-d tensor, one number. Each is drawn on the CPU,
+    then | copied to the device, so that a seed gives the same start on any device | #
+    Forward pass: the cubic's prediction at every point, and its error there | by the
+    chain rule: loss = Σ error² gives ∂loss/∂y_pred = 2 error | # Loss: the squared
+    error, summed, as a tensor. Reading it with .item() waits | read only to print it |
+    inf or NaN: stop rather than print it | moves against its gradient | a run of under
+    100 steps prints no loss | No cubic matches sin(x). The best, by least squares, has
+    loss ≈ {floor:.2f} and is off by about {gap[0]:.1f} at ±π | last printed loss is
+    {last:.2f} | ``loss = …`` only reports: the backward pass is derived by hand from Σ
+    error² | changes the printout, not the fit | with one call: ``loss.backward()``"""
     missing = [c for c in " ".join(claims.split()).split(" | ") if c not in text]
     assert missing == [], f"the file no longer says: {missing}"
 
@@ -334,12 +335,11 @@ def test_the_readme_prints_the_four_curvatures(readme, source):
     assert numbers(shown[1]) == pytest.approx(fit()[3], rel=1e-6)
 
 
+@pytest.mark.filterwarnings("ignore:FigureCanvasAgg")  # Agg shows no window, says so
 def test_the_plot_snippet_draws_sin_and_the_runs_cubic(readme, source):
     pytest.importorskip("matplotlib").use("Agg")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # Agg shows no window, and says so
-        snippet = block(readme, "python", "matplotlib")
-        names = exec_source(on("cpu", source) + snippet)[2]
+    snippet = block(readme, "python", "matplotlib")
+    names = exec_source(on("cpu", source) + snippet)[2]
     sin, cubic = (line.get_ydata() for line in names["plt"].gca().get_lines())
     y_pred = sum(names[w] * names["x"] ** p for p, w in enumerate("abcd"))
     assert sin == pytest.approx(names["y"].tolist())
