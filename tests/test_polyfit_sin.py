@@ -217,10 +217,8 @@ def test_the_cells_alternate_prose_and_code_with_one_title_then_sections(source)
     assert kinds == ["markdown", "code", "markdown", "code", "markdown"]
     # A comment right under `# %%` would be prose to sphinx-gallery
     assert not any(t.startswith("#") for kind, t in cells(source) if kind == "code")
-    markdown = "".join(t for kind, t in cells(source) if kind == "markdown")
-    prose = re.sub(
-        r'^(# ?|""")', "", markdown, flags=re.MULTILINE
-    )  # as a notebook shows
+    prose = "".join(t for kind, t in cells(source) if kind == "markdown")
+    prose = re.sub(r'^(# ?|""")', "", prose, flags=re.MULTILINE)  # as a notebook shows
     underlined = re.findall(r"^(.+)\n([=-]{3,})$", prose, re.MULTILINE)
     assert [line[0] for _, line in underlined] == ["=", "-", "-"]
     assert all(len(title) == len(line) for title, line in underlined)
