@@ -181,7 +181,8 @@ def test_a_divergence_stops_naming_step_and_rate(run, case):
 def test_a_loss_that_climbs_but_stays_finite_is_printed_as_it_climbs(run):
     printed, raised, _ = run("learning_rate = 3.56e-6")  # just past the limit
     climb = list(losses(printed).values())
-    assert (raised, climb) == (None, sorted(climb)) and climb[-1] > 50 * climb[0]
+    assert raised is None and "Result" in printed
+    assert climb == sorted(climb) and climb[-1] > 50 * climb[0]
 
 
 def test_each_hand_derived_gradient_is_autograds(run):
@@ -302,9 +303,7 @@ def test_each_figure_in_the_readme(readme, source, run):
         assert line == "  line [" + ", ".join(values) + "]"
     least = re.search(r"torch>=([\d.]+)", (ROOT / "requirements.txt").read_text())
     first, seed = min(losses(run()[0])), run()[2]["seed"]
-    data, weight = re.findall(
-        r"^(?:x = torch.lin|a = torch.randn).*", source, re.MULTILINE
-    )
+    data, weight = re.findall(r"^[xa] = torch.(?:lin|randn).*", source, re.MULTILINE)
     fold, top = round(steep5 / flat5, -2), torch.finfo(torch.float32).max
     cited(
         readme,
